@@ -21,6 +21,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "ImageError",
     "ImageFetchError",
+    "ImageHostUnavailableError",
     "ImageSourceForbiddenError",
     "ImageTooLargeError",
     "ImageTypeError",
@@ -65,6 +66,8 @@ class WastePipelineError(Exception):
     code: ClassVar[str] = "error"
     transient: ClassVar[bool] = False
     http_status: ClassVar[int] = 500
+    scan_id: str | None = None
+    """The scan this error ended, when it ended one."""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(redact(message))
@@ -201,4 +204,11 @@ class DatabaseUnavailableError(TransientError):
     """PostgreSQL could not be reached or the connection broke."""
 
     code = "database_unavailable"
+    http_status = 503
+
+
+class ImageHostUnavailableError(TransientError):
+    """An image host timed out, refused or broke the connection, or answered 5xx (or 429)."""
+
+    code = "image_host_unavailable"
     http_status = 503

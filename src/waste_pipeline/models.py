@@ -6,7 +6,7 @@ import base64
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +22,7 @@ __all__ = [
     "ScanRequest",
     "ScanResult",
     "ScanStatus",
+    "StageResult",
     "TokenUsage",
     "new_scan_id",
     "validate_scan_id",
@@ -191,6 +192,18 @@ class TokenUsage(BaseModel):
             output_tokens=self.output_tokens + other.output_tokens,
             total_tokens=self.total_tokens + other.total_tokens,
         )
+
+
+T = TypeVar("T")
+
+
+class StageResult(BaseModel, Generic[T]):
+    """One stage's output with what it cost: tokens, wall time per step, and the model used."""
+
+    value: T
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    model: str | None = None
 
 
 class ScanError(BaseModel):
