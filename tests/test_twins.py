@@ -110,15 +110,15 @@ def test_parity_catches_a_changed_signature() -> None:
 
 
 def test_parity_catches_a_sync_twin_that_is_still_async() -> None:
-    class AsyncThing:
+    class AsyncScanPipeline:
         async def run(self) -> None:
             pass
 
-    class Thing:
+    class ScanPipeline:
         async def run(self) -> None:
             pass
 
     problems = twin_checks.parity_problems(
-        _module("a", AsyncThing=AsyncThing), _module("s", Thing=Thing)
+        _module("a", AsyncScanPipeline=AsyncScanPipeline), _module("s", ScanPipeline=ScanPipeline)
     )
     assert any("coroutine" in p for p in problems)
