@@ -15,7 +15,7 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 if __name__ == "__main__":
-    import psycopg.waiting  # noqa: E402
+    import psycopg.waiting
 
     wait_c = getattr(psycopg.waiting, "wait_c", None)
     if wait_c is not None and psycopg.waiting.wait is wait_c:

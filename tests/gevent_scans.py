@@ -31,18 +31,21 @@ def main() -> int:
     parser.add_argument("--scans", type=int, default=50)
     parser.add_argument("--db-sleep", type=float, default=0.2)
     parser.add_argument("--ca-file", default=None)
-    parser.add_argument("--skip-wait-guard", action="store_true",
-                        help="negative control: let psycopg block the hub (PSYCOPG_WAIT_FUNC)")
+    parser.add_argument(
+        "--skip-wait-guard",
+        action="store_true",
+        help="negative control: let psycopg block the hub (PSYCOPG_WAIT_FUNC)",
+    )
     args = parser.parse_args()
     blocking = uses_blocking_wait()
     if args.skip_wait_guard:
         import waste_pipeline._sync_db as sync_db
 
         sync_db.uses_blocking_wait = lambda: False
-    settings = Settings(openai_api_key=TEST_API_KEY, db_pool_max=args.scans + 2,
-                        model_max_retries=0)
-    http = httpx2.Client(verify=args.ca_file or True,
-                         limits=httpx2.Limits(max_connections=500))
+    settings = Settings(
+        openai_api_key=TEST_API_KEY, db_pool_max=args.scans + 2, model_max_retries=0
+    )
+    http = httpx2.Client(verify=args.ca_file or True, limits=httpx2.Limits(max_connections=500))
     image = jpeg_data_url(320, 240)
     with ScanPipeline(settings, http_client=http) as pipeline:
         pipeline.scan(image, "warm-up")  # connections and the schema, outside the timing
@@ -59,12 +62,16 @@ def main() -> int:
         elapsed = time.perf_counter() - start
     http.close()
     statuses = [j.value if j.successful() else repr(j.exception) for j in jobs]
-    print(json.dumps({
-        "elapsed": elapsed,
-        "done": statuses.count("done"),
-        "errors": [s for s in statuses if s != "done"][:5],
-        "psycopg_blocking_wait": blocking,
-    }))
+    print(
+        json.dumps(
+            {
+                "elapsed": elapsed,
+                "done": statuses.count("done"),
+                "errors": [s for s in statuses if s != "done"][:5],
+                "psycopg_blocking_wait": blocking,
+            }
+        )
+    )
     return 0
 
 

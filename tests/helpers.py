@@ -9,8 +9,9 @@ TEST_API_KEY = "sk-test-3f9a7c1e5b2d4a6f8e0c"
 """A fake key every test uses, so a test can prove it never leaks."""
 
 
-def make_jpeg(width: int = 640, height: int = 480, color: tuple[int, int, int] = (30, 120, 200)
-              ) -> bytes:
+def make_jpeg(
+    width: int = 640, height: int = 480, color: tuple[int, int, int] = (30, 120, 200)
+) -> bytes:
     """A real JPEG image of the given size."""
     from PIL import Image
 

@@ -22,8 +22,9 @@ def tree(tmp_path: Path) -> Path:
     for src, dst in TREES:
         for part in (src, dst):
             if (ROOT / part).exists():
-                shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns(
-                    "__pycache__"))
+                shutil.copytree(
+                    ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__")
+                )
     return tmp_path
 
 
@@ -36,13 +37,17 @@ def test_check_passes_on_the_repository() -> None:
 
 
 def test_check_command_exit_codes(tree: Path) -> None:
-    ok = subprocess.run([sys.executable, "tools/generate.py", "--check"], cwd=ROOT,
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "tools/generate.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     target = _a_generated_file(tree)
     target.write_text(target.read_text() + "# edited\n")
-    bad = subprocess.run([sys.executable, str(ROOT / "tools/generate.py"), "--check", "--root",
-                          str(tree)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "tools/generate.py"), "--check", "--root", str(tree)],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1
     assert target.name in bad.stderr
 
@@ -51,7 +56,7 @@ def test_check_fails_on_one_changed_character(tree: Path) -> None:
     target = _a_generated_file(tree)
     text = target.read_text()
     i = text.index("def ")
-    target.write_text(text[:i] + "def  " + text[i + 4:])
+    target.write_text(text[:i] + "def  " + text[i + 4 :])
     problems = gen.check(tree)
     assert any(target.name in p and "stale or hand-edited" in p for p in problems), problems
 

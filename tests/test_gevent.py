@@ -48,8 +48,16 @@ def _run_scans(
     base_url: str, database_url: str, *extra: str, db_sleep: float = 0.2, **env: str
 ) -> dict[str, object]:
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.gevent_scans", "--scans", "50", "--db-sleep",
-         str(db_sleep), *extra],
+        [
+            sys.executable,
+            "-m",
+            "tests.gevent_scans",
+            "--scans",
+            "50",
+            "--db-sleep",
+            str(db_sleep),
+            *extra,
+        ],
         cwd=ROOT,
         env=_env(OPENAI_BASE_URL=base_url, WASTE_PIPELINE_DATABASE_URL=database_url, **env),
         capture_output=True,
@@ -79,8 +87,9 @@ def test_the_harness_catches_a_driver_that_blocks_the_hub(
     slow_standin: str, postgres_url: str
 ) -> None:
     """Negative control: psycopg's C wait function serialises the queries (50 x 0.1 s)."""
-    report = _run_scans(slow_standin, postgres_url, "--skip-wait-guard", db_sleep=0.1,
-                        PSYCOPG_WAIT_FUNC="wait_c")
+    report = _run_scans(
+        slow_standin, postgres_url, "--skip-wait-guard", db_sleep=0.1, PSYCOPG_WAIT_FUNC="wait_c"
+    )
     assert report["psycopg_blocking_wait"] is True
     assert float(report["elapsed"]) > 3.0, report  # type: ignore[arg-type]
 
@@ -91,9 +100,14 @@ def test_the_pipeline_refuses_a_blocking_psycopg_under_gevent(
     proc = subprocess.run(
         [sys.executable, "-m", "tests.gevent_scans", "--scans", "1"],
         cwd=ROOT,
-        env=_env(OPENAI_BASE_URL=slow_standin, WASTE_PIPELINE_DATABASE_URL=postgres_url,
-                 PSYCOPG_WAIT_FUNC="wait_c"),
-        capture_output=True, text=True, timeout=120,
+        env=_env(
+            OPENAI_BASE_URL=slow_standin,
+            WASTE_PIPELINE_DATABASE_URL=postgres_url,
+            PSYCOPG_WAIT_FUNC="wait_c",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "imported before gevent" in proc.stderr

@@ -60,7 +60,9 @@ def _pairs() -> list[tuple[Path, Path]]:
 @pytest.mark.parametrize("pair", _pairs(), ids=lambda p: str(p[0].relative_to(ROOT)))
 def test_line_numbers_are_kept(pair: tuple[Path, Path]) -> None:
     source, generated = pair
-    assert twin_checks.line_problems(source.read_text(), generated.read_text(), str(generated)) == []
+    assert (
+        twin_checks.line_problems(source.read_text(), generated.read_text(), str(generated)) == []
+    )
 
 
 # --- planted defects --------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def transform(text: str, source_rel: str) -> str:
     _check_source(text, source_rel)
     tokens = tokenize_rt.src_to_tokens(text)
     out = tokenize_rt.tokens_to_src(list(_RULE._unasync_tokens(tokens)))
-    first, sep, rest = out.partition("\n")
+    _, sep, rest = out.partition("\n")
     out = HEADER.format(source=source_rel) + sep + rest
     problems = lint_generated(out, source_rel.replace("_async", "_sync"))
     if problems:

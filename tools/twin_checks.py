@@ -68,8 +68,8 @@ def _members(obj: object) -> dict[str, object]:
     return {
         n: v
         for n, v in vars(obj).items()
-        if not n.startswith("_") or n in ("__init__", "__aenter__", "__aexit__",
-                                          "__enter__", "__exit__")
+        if not n.startswith("_")
+        or n in ("__init__", "__aenter__", "__aexit__", "__enter__", "__exit__")
     }
 
 
@@ -77,8 +77,11 @@ def _signature_problem(a: object, s: object, where: str) -> str | None:
     a_fn = a.__func__ if isinstance(a, classmethod | staticmethod) else a
     s_fn = s.__func__ if isinstance(s, classmethod | staticmethod) else s
     if isinstance(a_fn, property) or isinstance(s_fn, property):
-        return None if isinstance(a_fn, property) == isinstance(s_fn, property) else (
-            f"{where}: property on one side only")
+        return (
+            None
+            if isinstance(a_fn, property) == isinstance(s_fn, property)
+            else (f"{where}: property on one side only")
+        )
     if not (callable(a_fn) and callable(s_fn)):
         return None
     if inspect.iscoroutinefunction(s_fn) or inspect.isasyncgenfunction(s_fn):
@@ -102,9 +105,7 @@ def parity_problems(async_mod: ModuleType, sync_mod: ModuleType) -> list[str]:
     s_names = public_names(sync_mod)
     expected = sorted(sync_name(n) for n in a_names)
     if expected != s_names:
-        problems.append(
-            f"{sync_mod.__name__}: public names {s_names} != expected {expected}"
-        )
+        problems.append(f"{sync_mod.__name__}: public names {s_names} != expected {expected}")
     for name in a_names:
         a_obj = getattr(async_mod, name, None)
         s_obj = getattr(sync_mod, sync_name(name), None)

@@ -53,37 +53,74 @@ RENAMES: tuple[Rename, ...] = (
         "contextlib:asynccontextmanager",
         "contextlib:contextmanager",
     ),
-    Rename("AsyncIterator", "Iterator", "collections.abc:AsyncIterator", "collections.abc:Iterator"),
-    Rename("AsyncIterable", "Iterable", "collections.abc:AsyncIterable", "collections.abc:Iterable"),
+    Rename(
+        "AsyncIterator", "Iterator", "collections.abc:AsyncIterator", "collections.abc:Iterator"
+    ),
+    Rename(
+        "AsyncIterable", "Iterable", "collections.abc:AsyncIterable", "collections.abc:Iterable"
+    ),
     Rename(
         "AsyncGenerator", "Generator", "collections.abc:AsyncGenerator", "collections.abc:Generator"
     ),
     Rename("AsyncExitStack", "ExitStack", "contextlib:AsyncExitStack", "contextlib:ExitStack"),
     Rename("aclosing", "closing", "contextlib:aclosing", "contextlib:closing"),
-    Rename("enter_async_context", "enter_context",
-           "contextlib:AsyncExitStack.enter_async_context", "contextlib:ExitStack.enter_context"),
+    Rename(
+        "enter_async_context",
+        "enter_context",
+        "contextlib:AsyncExitStack.enter_async_context",
+        "contextlib:ExitStack.enter_context",
+    ),
     Rename("__aenter__", "__enter__", None, None),
     Rename("__aexit__", "__exit__", None, None),
     Rename("__aiter__", "__iter__", None, None),
     Rename("__anext__", "__next__", None, None),
-    Rename("StopAsyncIteration", "StopIteration", "builtins:StopAsyncIteration",
-           "builtins:StopIteration"),
+    Rename(
+        "StopAsyncIteration",
+        "StopIteration",
+        "builtins:StopAsyncIteration",
+        "builtins:StopIteration",
+    ),
     # --- our own primitive twins (hand-written, like psycopg's _acompat) ----------------------
-    Rename("_async_compat", "_sync_compat", "waste_pipeline._async_compat",
-           "waste_pipeline._sync_compat"),
+    Rename(
+        "_async_compat",
+        "_sync_compat",
+        "waste_pipeline._async_compat",
+        "waste_pipeline._sync_compat",
+    ),
     Rename("_async_db", "_sync_db", "waste_pipeline._async_db", "waste_pipeline._sync_db"),
-    Rename("AsyncpgDatabase", "PsycopgDatabase", "waste_pipeline._async_db:AsyncpgDatabase",
-           "waste_pipeline._sync_db:PsycopgDatabase", "one SQL text, two drivers"),
+    Rename(
+        "AsyncpgDatabase",
+        "PsycopgDatabase",
+        "waste_pipeline._async_db:AsyncpgDatabase",
+        "waste_pipeline._sync_db:PsycopgDatabase",
+        "one SQL text, two drivers",
+    ),
     # --- our generated packages and classes ---------------------------------------------------
     Rename("_async", "_sync", "waste_pipeline._async", "waste_pipeline._sync"),
-    Rename("AsyncScanPipeline", "ScanPipeline", "waste_pipeline._async.pipeline:AsyncScanPipeline",
-           "waste_pipeline._sync.pipeline:ScanPipeline"),
-    Rename("AsyncScanStore", "ScanStore", "waste_pipeline._async.store:AsyncScanStore",
-           "waste_pipeline._sync.store:ScanStore"),
-    Rename("AsyncImageFetcher", "ImageFetcher", "waste_pipeline._async.images:AsyncImageFetcher",
-           "waste_pipeline._sync.images:ImageFetcher"),
-    Rename("AsyncModelClient", "ModelClient", "waste_pipeline._async.model:AsyncModelClient",
-           "waste_pipeline._sync.model:ModelClient"),
+    Rename(
+        "AsyncScanPipeline",
+        "ScanPipeline",
+        "waste_pipeline._async.pipeline:AsyncScanPipeline",
+        "waste_pipeline._sync.pipeline:ScanPipeline",
+    ),
+    Rename(
+        "AsyncScanStore",
+        "ScanStore",
+        "waste_pipeline._async.store:AsyncScanStore",
+        "waste_pipeline._sync.store:ScanStore",
+    ),
+    Rename(
+        "AsyncImageFetcher",
+        "ImageFetcher",
+        "waste_pipeline._async.images:AsyncImageFetcher",
+        "waste_pipeline._sync.images:ImageFetcher",
+    ),
+    Rename(
+        "AsyncModelClient",
+        "ModelClient",
+        "waste_pipeline._async.model:AsyncModelClient",
+        "waste_pipeline._sync.model:ModelClient",
+    ),
 )
 
 REPLACEMENTS: dict[str, str] = {r.async_name: r.sync_name for r in RENAMES}

@@ -71,7 +71,6 @@ async def run_blocking(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) ->
     return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
 
-
 async def getaddrinfo(host: str, port: int) -> list[str]:
     """Resolve ``host`` to its IP addresses (TCP), without blocking the loop."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)

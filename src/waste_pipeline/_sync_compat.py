@@ -19,8 +19,8 @@ from typing import ParamSpec, TypeVar
 __all__ = [
     "Lock",
     "Semaphore",
-    "gevent_active",
     "getaddrinfo",
+    "gevent_active",
     "map_bounded",
     "run_blocking",
     "sleep",
@@ -49,9 +49,7 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def map_bounded(
-    fn: Callable[[T], R], items: Iterable[T], *, limit: int
-) -> list[R | BaseException]:
+def map_bounded(fn: Callable[[T], R], items: Iterable[T], *, limit: int) -> list[R | BaseException]:
     """Run ``fn(item)`` for every item, at most ``limit`` at once, results in input order.
 
     Greenlets under gevent, OS threads otherwise. An item whose call raised gives its exception
@@ -108,7 +106,6 @@ def run_blocking(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         result: R = gevent.get_hub().threadpool.apply(fn, args, kwargs)
         return result
     return fn(*args, **kwargs)
-
 
 
 def getaddrinfo(host: str, port: int) -> list[str]:

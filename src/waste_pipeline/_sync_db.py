@@ -70,8 +70,11 @@ class PsycopgDatabase:
             timeout=self._timeout,
             open=False,
             check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True, "row_factory": dict_row,
-                    "connect_timeout": max(1, int(self._timeout))},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "connect_timeout": max(1, int(self._timeout)),
+            },
             name="waste_pipeline",
         )
         try:

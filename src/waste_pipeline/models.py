@@ -50,7 +50,7 @@ def new_scan_id() -> str:
 
 
 def validate_scan_id(value: str) -> str:
-    """Return ``value`` if it is a valid scan id (1-64 of ``A-Za-z0-9_-``), else raise ValueError."""
+    """Return ``value`` if it is a valid scan id (1-64 of ``A-Za-z0-9_-``); else ValueError."""
     if not isinstance(value, str) or not _SCAN_ID.fullmatch(value):
         raise ValueError("scan id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
     return value

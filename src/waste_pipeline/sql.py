@@ -95,4 +95,3 @@ FROM scans WHERE id = $1
 """
 
 COUNT_BY_STATUS = "SELECT status, count(*) AS n FROM scans GROUP BY status"
-

@@ -133,8 +133,9 @@ async def test_a_transient_error_before_the_last_attempt_leaves_the_scan_pending
 ) -> None:
     scan_id = new_scan_id()
     with pytest.raises(ModelUnavailableError):
-        await pipeline.scan(jpeg_data_url(), "[[standin:503]]", scan_id=scan_id,
-                            final_attempt=False)
+        await pipeline.scan(
+            jpeg_data_url(), "[[standin:503]]", scan_id=scan_id, final_attempt=False
+        )
     stored = await pipeline.get(scan_id)
     assert stored is not None and stored.status == "pending"
     assert stored.error is not None and stored.error.code == "model_unavailable"

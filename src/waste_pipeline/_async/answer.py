@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from ..models import Answer, Classification, RulesLookup
 from ..modelio import ModelReply
+from ..models import Answer, Classification, RulesLookup
 from ..prompting import answer_content, answer_instructions
 from ..schemas import ANSWER_SCHEMA_NAME, answer_schema, parse_answer
 from .model import AsyncModelClient

@@ -50,10 +50,10 @@ class AsyncModelClient:
     ) -> ModelReply:
         """One Responses API call with a strict JSON-schema output; returns the JSON text."""
         try:
-            response = await self.client.responses.create(
+            response = await self.client.responses.create(  # type: ignore[call-overload]
                 model=model,
                 instructions=instructions,
-                input=[{"role": "user", "content": content}],  # type: ignore[list-item,typeddict-item]
+                input=[{"role": "user", "content": content}],
                 text={
                     "format": {
                         "type": "json_schema",
@@ -85,4 +85,3 @@ class AsyncModelClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-

@@ -56,9 +56,11 @@ def _ms(start: float) -> float:
 
 
 def _invalid(exc: ValidationError) -> InvalidInputError:
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ())) or "request"
-    return InvalidInputError(f"invalid {where}: {first.get('msg', 'invalid value')}")
+    errors = exc.errors()
+    if not errors:
+        return InvalidInputError("invalid request")
+    where = ".".join(str(p) for p in errors[0]["loc"]) or "request"
+    return InvalidInputError(f"invalid {where}: {errors[0]['msg']}")
 
 
 class AsyncScanPipeline:
@@ -95,7 +97,9 @@ class AsyncScanPipeline:
                 limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
             )
         self._model = AsyncModelClient(self.settings, http_client=self._http)
-        self._images = AsyncImageFetcher(self.settings, http_client=self._http)
+        # Image hosts are arbitrary: the fetcher keeps its own client (no shared cookies or
+        # connection pool with the model endpoint, proxies from the environment ignored).
+        self._images = AsyncImageFetcher(self.settings)
         if self._store is not None:
             await self._store.db.open()
             await self._store.create_schema()
@@ -105,6 +109,9 @@ class AsyncScanPipeline:
     async def aclose(self) -> None:
         """Close every client this pipeline opened."""
         self._opened = False
+        if self._images is not None:
+            await self._images.aclose()
+            self._images = None
         if self._store is not None:
             await self._store.aclose()
         if self._http is not None and self._given_http is None:
@@ -206,10 +213,12 @@ class AsyncScanPipeline:
                 f"too many images: {len(images)} (at most {self.settings.max_images})"
             )
         try:
-            return ScanRequest(
-                images=list(images),
-                user_text=user_text,
-                language=language or self.settings.language,
+            return ScanRequest.model_validate(
+                {
+                    "images": list(images),
+                    "user_text": user_text,
+                    "language": language or self.settings.language,
+                }
             )
         except ValidationError as exc:
             raise _invalid(exc) from None

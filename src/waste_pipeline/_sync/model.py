@@ -50,10 +50,10 @@ class ModelClient:
     ) -> ModelReply:
         """One Responses API call with a strict JSON-schema output; returns the JSON text."""
         try:
-            response = self.client.responses.create(
+            response = self.client.responses.create(  # type: ignore[call-overload]
                 model=model,
                 instructions=instructions,
-                input=[{"role": "user", "content": content}],  # type: ignore[list-item,typeddict-item]
+                input=[{"role": "user", "content": content}],
                 text={
                     "format": {
                         "type": "json_schema",
@@ -85,4 +85,3 @@ class ModelClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

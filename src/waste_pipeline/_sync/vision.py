@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..imaging import PreparedImage
-from ..models import Classification
 from ..modelio import ModelReply
+from ..models import Classification
 from ..prompting import vision_content, vision_instructions
 from ..rules.pack import RulePack
 from ..schemas import VISION_SCHEMA_NAME, parse_classification, vision_schema

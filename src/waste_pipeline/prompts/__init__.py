@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 __all__ = ["load", "render"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str) -> str:
     """The raw text of prompt ``name`` (file ``<name>.txt`` beside this module)."""
     return resources.files(__name__).joinpath(f"{name}.txt").read_text(encoding="utf-8")
