@@ -19,9 +19,13 @@ nox.options.sessions = ["generate", "lint", "tests"]
 DEV = ".[dev]"
 
 
-@nox.session(python=False)
+GENERATOR = ("unasync==0.6.0", "tokenize-rt>=6", "setuptools>=69")
+
+
+@nox.session
 def generate(session: nox.Session) -> None:
     """Generate ``_sync`` from ``_async`` (``-- --check``: verify only, write nothing)."""
+    session.install(*GENERATOR)
     session.run("python", "tools/generate.py", *session.posargs)
 
 
