@@ -63,6 +63,12 @@ class PsycopgDatabase:
                 "would block all greenlets; patch first (celery -P gevent does) or set "
                 "PSYCOPG_WAIT_FUNC=wait_select"
             )
+        try:  # fail fast (refused, unknown host, bad credentials) instead of waiting the timeout
+            psycopg.connect(self._dsn, connect_timeout=max(1, int(self._timeout))).close()
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailableError(
+                f"cannot connect to PostgreSQL ({type(exc).__name__})"
+            ) from None
         pool: ConnectionPool[Any] = ConnectionPool(
             self._dsn,
             min_size=self._min_size,

@@ -293,8 +293,9 @@ def split_url(url: str) -> tuple[SplitResult, str, str, int]:
             raise InvalidInputError("image URL host contains a backslash")
         raw_host = parts.hostname
         port = parts.port
-    except ValueError as exc:
-        raise InvalidInputError(f"malformed image URL: {exc}") from None
+    except ValueError:
+        # The parser's message may quote parts of the URL (user:password@): do not echo it.
+        raise InvalidInputError("malformed image URL (bad host or port)") from None
     if not raw_host:
         raise InvalidInputError("image URL has no host")
     if port is None:

@@ -24,6 +24,7 @@ __all__ = [
     "ScanStatus",
     "StageResult",
     "TokenUsage",
+    "clean_text",
     "new_scan_id",
     "validate_scan_id",
 ]
@@ -42,6 +43,16 @@ Language = Literal["ko", "en"]
 
 _SCAN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """``value`` without control characters (tabs and newlines stay) and lone surrogates.
+
+    PostgreSQL refuses both in ``text``/``jsonb``; user text goes through this before it is
+    stored or sent anywhere.
+    """
+    return _UNSTORABLE.sub("", value)
 
 
 def new_scan_id() -> str:
@@ -113,7 +124,7 @@ class ScanRequest(BaseModel):
     @classmethod
     def _clean_text(cls, v: str) -> str:
         # Tabs and newlines are fine; other control characters are stripped.
-        return _CONTROL.sub("", v).strip()
+        return clean_text(v).strip()
 
     @field_validator("images", mode="before")
     @classmethod

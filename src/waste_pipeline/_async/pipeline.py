@@ -35,6 +35,7 @@ from ..models import (
     ScanRequest,
     ScanResult,
     StageResult,
+    clean_text,
     new_scan_id,
     validate_scan_id,
 )
@@ -269,6 +270,11 @@ class AsyncScanPipeline:
             return None
         return await self._store.get(scan_id)
 
+    async def ping(self) -> None:
+        """Check the database answers (no-op when storing is off); DatabaseUnavailableError."""
+        if self._store is not None:
+            await self._store.ping()
+
     async def count_by_status(self) -> dict[str, int]:
         """How many stored scans are in each status."""
         if self._store is None:
@@ -301,7 +307,7 @@ class AsyncScanPipeline:
                 validate_scan_id(scan_id)
             except ValueError as exc:
                 raise InvalidInputError(str(exc)) from None
-        inputs: dict[str, Any] = {"user_text": user_text[:200]}
+        inputs: dict[str, Any] = {"user_text": clean_text(str(user_text))[:200]}
         try:
             request = self.request(image_url, user_text, language=language)
             inputs = request.describe()

@@ -91,6 +91,10 @@ class AsyncScanStore:
         row = await self.db.fetchrow(sql.GET, scan_id)
         return row_to_result(row) if row is not None else None
 
+    async def ping(self) -> None:
+        """Run ``SELECT 1`` on a pooled connection."""
+        await self.db.fetchrow("SELECT 1 AS ok")
+
     async def count_by_status(self) -> dict[str, int]:
         """How many scans are in each status."""
         rows = await self.db.fetch(sql.COUNT_BY_STATUS)

@@ -91,6 +91,10 @@ class ScanStore:
         row = self.db.fetchrow(sql.GET, scan_id)
         return row_to_result(row) if row is not None else None
 
+    def ping(self) -> None:
+        """Run ``SELECT 1`` on a pooled connection."""
+        self.db.fetchrow("SELECT 1 AS ok")
+
     def count_by_status(self) -> dict[str, int]:
         """How many scans are in each status."""
         rows = self.db.fetch(sql.COUNT_BY_STATUS)
