@@ -23,9 +23,9 @@ ROUNDS = 5
 
 def _start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "waste_pipeline.standin", "--port", "0",
-         "--latency", str(latency)],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "waste_pipeline.standin", "--port", "0", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -41,15 +41,19 @@ def _async_cpu(mod: Any, url: str) -> tuple[float, float]:
             for _ in range(ROUNDS):
                 replies = await asyncio.gather(*(c.get(url) for _ in range(CONCURRENCY)))
                 assert all(r.status_code == 200 for r in replies)
-            return ((time.process_time() - cpu) / (CONCURRENCY * ROUNDS),
-                    time.perf_counter() - wall)
+            return (
+                (time.process_time() - cpu) / (CONCURRENCY * ROUNDS),
+                time.perf_counter() - wall,
+            )
 
     return asyncio.run(run())
 
 
 def _sync_cpu(mod: Any, url: str) -> tuple[float, float]:
-    with (mod.Client(limits=mod.Limits(max_connections=2 * CONCURRENCY)) as c,
-          ThreadPoolExecutor(CONCURRENCY) as pool):
+    with (
+        mod.Client(limits=mod.Limits(max_connections=2 * CONCURRENCY)) as c,
+        ThreadPoolExecutor(CONCURRENCY) as pool,
+    ):
         list(pool.map(lambda _: c.get(url), range(CONCURRENCY)))
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(ROUNDS):
@@ -70,9 +74,13 @@ def run() -> list[dict[str, Any]]:
         for name, mod in mods:
             for kind, fn in (("AsyncClient", _async_cpu), ("Client, 100 threads", _sync_cpu)):
                 cpu, wall = fn(mod, url)
-                rows.append({"client": f"{name} {mod.__version__} {kind}",
-                             "cpu_ms_per_request": round(cpu * 1000, 2),
-                             "wall_s": round(wall, 2)})
+                rows.append(
+                    {
+                        "client": f"{name} {mod.__version__} {kind}",
+                        "cpu_ms_per_request": round(cpu * 1000, 2),
+                        "wall_s": round(wall, 2),
+                    }
+                )
     finally:
         proc.terminate()
         proc.wait(10)
@@ -81,5 +89,7 @@ def run() -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     for row in run():
-        print(f"{row['client']:36s} {row['cpu_ms_per_request']:7.2f} ms CPU/request "
-              f"({row['wall_s']:.2f} s wall for {CONCURRENCY * ROUNDS} requests)")
+        print(
+            f"{row['client']:36s} {row['cpu_ms_per_request']:7.2f} ms CPU/request "
+            f"({row['wall_s']:.2f} s wall for {CONCURRENCY * ROUNDS} requests)"
+        )
