@@ -414,9 +414,14 @@ def cmd_standin(argv: Sequence[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
-    """``waste-pipeline demo`` (not implemented yet)."""
-    print("waste-pipeline demo: not implemented yet", file=err)
-    return EXIT_FAILED
+    """``waste-pipeline demo``: every door, then the gevent failure replay (``demo.py``)."""
+    from .demo import run_demo
+
+    report = run_demo(users=args.users, seconds=args.seconds, out=out, report_path=args.report)
+    doors_ok = all(d.status == "done" for d in report.doors)
+    twin = [r for r in report.replays if "twin" in r.worker]
+    twin_ok = all(r.failure_rate == 0.0 and r.submitted > 0 for r in twin)
+    return EXIT_OK if doors_ok and twin_ok else EXIT_FAILED
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -494,7 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_sub.add_parser("init", help="create the scans table (safe to run twice)")
 
-    sub.add_parser("demo", help="the whole system end to end (not implemented yet)")
+    demo = sub.add_parser(
+        "demo", help="the whole system on embedded defaults: every door, then the gevent replay"
+    )
+    demo.add_argument("--users", type=_positive, default=100, help="replay users (100)")
+    demo.add_argument("--seconds", type=float, default=10.0, help="replay duration (10)")
+    demo.add_argument("--report", type=Path, default=None, help="also write the report as JSON")
     return parser
 
 

@@ -126,6 +126,7 @@ class EmbeddedStack:
         need_broker: bool = True,
         need_model: bool = True,
         standin: StandInMode = "thread",
+        standin_latency: float = 0.0,
         stream: TextIO | None = None,
         announce: Callable[[str], None] | None = None,
         enabled: bool | None = None,
@@ -135,6 +136,7 @@ class EmbeddedStack:
         self._need_broker = need_broker
         self._need_model = need_model
         self._standin_mode = standin
+        self._standin_latency = standin_latency
         self._stream = stream
         self._announce = announce
         self._enabled = embedded_enabled() if enabled is None else enabled
@@ -250,13 +252,14 @@ class EmbeddedStack:
             return self._standin_process()
         from .standin import StandInConfig, StandInServer
 
-        server = StandInServer(StandInConfig()).start()
+        server = StandInServer(StandInConfig(latency=self._standin_latency)).start()
         self._stops.append(server.stop)
         return server.url
 
     def _standin_process(self) -> str:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "waste_pipeline.standin", "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "waste_pipeline.standin", "--host", "127.0.0.1", "--port", "0",
+             "--latency", str(self._standin_latency)],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
