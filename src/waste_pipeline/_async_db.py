@@ -27,6 +27,9 @@ _UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
+    # After a server restart a pooled connection can fail mid-protocol with
+    # "cannot switch to state ..." (seen in tests/test_faults.py): the connection is gone.
+    asyncpg.InternalClientError,
 )
 
 
