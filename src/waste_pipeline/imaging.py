@@ -15,6 +15,7 @@ listed in ``allowed_hosts`` (``host`` or ``host:port``, case-insensitive) bypass
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import ipaddress
 import re
@@ -43,6 +44,7 @@ __all__ = [
     "sniff_image_type",
     "split_url",
     "to_data_url",
+    "warm_up",
 ]
 
 JPEG_QUALITY = 85
@@ -464,3 +466,23 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 16-bit/float greyscale: scale to 8 bits instead of clipping to white.
         img = img.convert("I").point(lambda v: v / 256).convert("L")
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+@functools.cache
+def warm_up() -> None:
+    """Run every code path of :func:`prepare_image_with_size` once, in the calling thread.
+
+    Pillow imports plugins (WebP, TIFF for EXIF, the encoders) lazily, on first use. Under
+    gevent that first use would happen in gevent's native thread pool (``run_blocking``), where
+    the import machinery's locks are gevent locks created by monkey-patching: a native thread
+    blocking on one while a greenlet holds it never wakes up (seen as a scan stuck before its
+    first model call in a fresh ``-P gevent`` worker). Called when an image fetcher is created.
+    """
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate, so exif_transpose does real work
+    for fmt, extra in (("JPEG", {"exif": exif.tobytes()}), ("PNG", {}), ("WEBP", {}),
+                       ("GIF", {})):
+        buf = io.BytesIO()
+        mode = "P" if fmt == "GIF" else "RGBA" if fmt in ("PNG", "WEBP") else "RGB"
+        Image.new(mode, (4, 3)).save(buf, fmt, **extra)
+        prepare_image_with_size(buf.getvalue(), max_side=2, max_pixels=100)

@@ -242,6 +242,8 @@ class ScanResult(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     error: ScanError | None = None
     attempts: int = 0
+    replayed: bool = False
+    """True when the scan id had already ended ``done``: the stored result, not run again."""
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

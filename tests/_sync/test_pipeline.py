@@ -72,6 +72,8 @@ def test_a_redelivered_scan_id_keeps_one_row(pipeline: ScanPipeline) -> None:
     again = pipeline.scan(jpeg_data_url(), "캔", scan_id=scan_id)
     assert again.scan_id == first.scan_id == scan_id
     assert again.answer == first.answer
+    assert not first.replayed and again.replayed
+    assert again.timings_ms["total"] > 0  # the stored result carries its timings
     stored = pipeline.get(scan_id)
     assert stored is not None and stored.attempts == 1
 

@@ -56,6 +56,7 @@ from ..imaging import (
     prepare_image_with_size,
     split_url,
     to_data_url,
+    warm_up,
 )
 from ..models import ImageInput, decode_data_url
 from ..settings import Settings
@@ -107,6 +108,7 @@ class AsyncImageFetcher:
             )
         )
         self._timeout = httpx2.Timeout(self.settings.image_timeout)
+        warm_up()  # Pillow's lazy imports here, not in a pool thread (see imaging.warm_up)
 
     async def aclose(self) -> None:
         """Close the HTTP client if this fetcher created it."""

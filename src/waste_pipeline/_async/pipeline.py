@@ -313,7 +313,7 @@ class AsyncScanPipeline:
             inputs = request.describe()
             stored = await self.begin(scan_id, inputs)
             if stored is not None:
-                return stored
+                return stored.model_copy(update={"replayed": True})
             vision = await self.classify(request)
             await self.record_classification(scan_id, vision.value)
             rules = self.lookup_rules(vision.value)
@@ -334,6 +334,7 @@ class AsyncScanPipeline:
                 usage=vision.usage.add(answer.usage),
                 attempts=1,
             )
+            result.timings_ms["total"] = _ms(total)  # stored with the result (store excluded)
             start = time.perf_counter()
             await self.store(result)
             result.timings_ms["store"] = _ms(start)
