@@ -214,12 +214,6 @@ def test_db_init_reports_an_unreachable_database(
     assert "pw-hidden-99" not in out + err
 
 
-def test_demo_is_a_stub_for_now(cli_env: dict[str, str]) -> None:
-    code, _, err = run_cli("demo")
-    assert code == 1
-    assert "not implemented yet" in err
-
-
 def test_stand_in_delegates_to_its_own_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stand-in", "--help"]) == 0
     assert "NOT from a model" in capsys.readouterr().out

@@ -32,6 +32,12 @@ def uses_blocking_wait() -> bool:
     return wait_c is not None and psycopg.waiting.wait is wait_c
 
 
+def _reason(exc: BaseException) -> str:
+    """The exception's class and SQLSTATE: enough to act on, never the DSN or a password."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}, SQLSTATE {sqlstate}" if sqlstate else type(exc).__name__
+
+
 def _adapt(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(Jsonb(a) if isinstance(a, dict | list) else a for a in args)
 
@@ -67,7 +73,7 @@ class PsycopgDatabase:
             psycopg.connect(self._dsn, connect_timeout=max(1, int(self._timeout))).close()
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailableError(
-                f"cannot connect to PostgreSQL ({type(exc).__name__})"
+                f"cannot connect to PostgreSQL ({_reason(exc)})"
             ) from None
         pool: ConnectionPool[Any] = ConnectionPool(
             self._dsn,
