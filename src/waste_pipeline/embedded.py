@@ -347,7 +347,32 @@ def _live_postmaster(pgdata: Path) -> _Postmaster | None:
     return info
 
 
-class EmbeddedPostgres:
+class _LocalServer:
+    """What both embedded servers share: start/stop as a context manager."""
+
+    def start(self) -> Self:
+        """Start the server (or adopt the one already running); returns when it is ready."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server and wait for its exit."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Start the server."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+
+class EmbeddedPostgres(_LocalServer):
     """A PostgreSQL server of our own, on ``127.0.0.1:port``, with ``trust`` auth on loopback.
 
     ``start()`` runs ``initdb`` on first use, starts ``postgres`` (or adopts the one already
@@ -496,19 +521,6 @@ class EmbeddedPostgres:
             self._kill_leftovers(wait=10.0)
         self._wait_exit(pid, 10.0)
         self._forget()
-
-    def __enter__(self) -> Self:
-        """Start the server."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -808,7 +820,7 @@ def find_redis_server() -> str:
     )
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_LocalServer):
     """A Redis server of our own on ``127.0.0.1:port``: no persistence, up to 10000 clients."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
@@ -922,19 +934,6 @@ class EmbeddedRedis:
         _signal_group_or_pid(pid, signal.SIGKILL)
         self._wait_exit(pid, 10.0)
         self._forget()
-
-    def __enter__(self) -> Self:
-        """Start the server."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
 
     # -- internals -----------------------------------------------------------------------------
 
