@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GREENLET_DUMP_HEADER",
-    "GREENLET_PREFETCH_MULTIPLIER",
     "LEDGER_KEY",
     "LEDGER_PAYLOADS_KEY",
     "REFUSAL_EXIT_STATUS",
@@ -94,10 +93,6 @@ def _concurrency(options: dict[str, Any], conf: Any) -> int:
         return os.cpu_count() or 1
 
 
-GREENLET_PREFETCH_MULTIPLIER: Final = 4
-"""Prefetch multiplier of gevent/eventlet/threads workers unless ``--prefetch-multiplier``."""
-
-
 def configure_worker(options: dict[str, Any], conf: Any) -> str | None:
     """What ``celeryd_init`` does; returns the pool alias. Raises SystemExit to refuse."""
     pool = runtime.set_worker_pool(
@@ -107,12 +102,6 @@ def configure_worker(options: dict[str, Any], conf: Any) -> str | None:
     if problem is not None:
         print(f"waste-pipeline worker: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(REFUSAL_EXIT_STATUS)
-    if pool in ("gevent", "eventlet", "threads") and not options.get("prefetch_multiplier"):
-        # With a multiplier of 1, Celery's gevent consumer refills its slots only every ~2 s
-        # once the window is full: a -c 10 worker reached 20 % of its bound, 87 % with 4
-        # (bench/results/latest.md). Every task is idempotent by scan id, so reserving a few
-        # more messages costs nothing but a later redelivery if the worker dies.
-        conf.worker_prefetch_multiplier = GREENLET_PREFETCH_MULTIPLIER
     concurrency = _concurrency(options, conf)
     transport = dict(conf.broker_transport_options or {})
     size = connection_pool_size(concurrency, transport.get("max_connections"))
