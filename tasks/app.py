@@ -25,7 +25,6 @@ from waste_pipeline.settings import Settings
 
 __all__ = [
     "DEFAULT_BROKER_URL",
-    "GREENLET_PREFETCH_MULTIPLIER",
     "NAIVE_QUEUE",
     "QUEUES",
     "ROUTES",
@@ -99,6 +98,15 @@ class CelerySettings(BaseSettings):
         ge=1,
         description="Redis connections per broker pool; default: the worker's concurrency + 20",
     )
+    greenlet_prefetch_multiplier: int = Field(
+        default=1,
+        ge=1,
+        description="prefetch multiplier of gevent/eventlet workers. 1 (default): with it "
+        "Celery's gevent consumer refills its slots only every ~2 s, so a -c 10 worker reaches "
+        "~20 % of its bound (85 % with 4, bench/results/throughput-shipped-defaults.md); but "
+        "with 4, a Redis restart made some scans complete twice in the fault suite, so 4 is "
+        "opt-in until that is understood",
+    )
     naive: bool = Field(
         default=False,
         validation_alias=AliasChoices("WASTE_PIPELINE_NAIVE", "naive"),
@@ -150,22 +158,16 @@ class CelerySettings(BaseSettings):
         return max(1.0, min(10.0, self.visibility_timeout / 3))
 
 
-GREENLET_PREFETCH_MULTIPLIER: Final = 4
-"""Prefetch multiplier of gevent/eventlet workers (``--prefetch-multiplier`` overrides it)."""
+def prefetch_multiplier(tuning: CelerySettings | None = None) -> int:
+    """``greenlet_prefetch_multiplier`` in a gevent/eventlet-patched process, else 1.
 
-
-def prefetch_multiplier() -> int:
-    """4 in a gevent/eventlet-patched process (a greenlet worker), else 1.
-
-    With 1, Celery's gevent consumer refills its slots only every ~2 s once the window is full:
-    a ``-c 10`` worker reached 20 % of its bound, 87 % with 4 (``bench/results/latest.md``).
     Decided here, at import, because ``celery worker`` fills its ``--prefetch-multiplier``
-    option from this setting before any worker signal runs; ``-P gevent`` has patched the
-    process by then. Every task is idempotent by scan id, so reserving a few more messages
-    costs nothing but a later redelivery if the worker dies.
+    option from this setting before any worker signal runs (``-P gevent`` has patched the
+    process by then). See :attr:`CelerySettings.greenlet_prefetch_multiplier` for the trade-off.
     """
+    tuning = tuning or CelerySettings()
     if runtime.gevent_patched() or runtime.eventlet_patched():
-        return GREENLET_PREFETCH_MULTIPLIER
+        return tuning.greenlet_prefetch_multiplier
     return 1
 
 
@@ -202,7 +204,7 @@ def celery_config(
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": prefetch_multiplier(),
+        "worker_prefetch_multiplier": prefetch_multiplier(tuning),
         # False: Celery's gevent pool reports a cancelled greenlet as a success, so cancelled
         # tasks were acknowledged when the broker came back (tests/test_faults.py).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
